@@ -1,0 +1,307 @@
+"""What the dense and the convolutional NAIS blocks share.
+
+A NAIS block is a time-invariant, non-autonomous dynamical system unrolled
+in depth:
+
+    x(k+1) = x(k) + h * act(state_term(x(k)) + input_term(u)),
+
+with one set of weights for every step and the block input `u` entering
+every step. `BaseNaisBlock` holds the arguments, their checks, the choice of
+stability mode, the step loops and the config; a subclass says what the
+state and input terms are (a matrix product or a convolution) and how its
+state weights are kept stable.
+"""
+
+import warnings
+
+import keras
+from keras import ops
+
+from keras_naisnet import unroll
+
+STABILITY_MODES = ("projection", "reparametrization", None)
+INITIAL_STATES = ("zeros", "input")
+# The activations whose slopes lie in [0, 1], which the stability analysis
+# of the step Jacobian assumes.
+COVERED_ACTIVATIONS = {
+    "tanh": keras.activations.tanh,
+    "relu": keras.activations.relu,
+}
+
+
+class NaisStabilityWarning(UserWarning):
+    """Warns that a block runs outside the conditions of its guarantee."""
+
+
+def _check_positive_int(name, value):
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(
+            f"`{name}` must be a positive integer. Received: {name}={value!r}"
+        )
+    return value
+
+
+def _check_float_range(name, value, low, high, low_open, high_open):
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        number = float("nan")
+    above = number > low if low_open else number >= low
+    below = number < high if high_open else number <= high
+    if not (above and below):
+        interval = (
+            ("(" if low_open else "[")
+            + f"{low}, {high}"
+            + (")" if high_open else "]")
+        )
+        raise ValueError(
+            f"`{name}` must be in {interval}. Received: {name}={value!r}"
+        )
+    return number
+
+
+class BaseNaisBlock(keras.layers.Layer):
+    """Base class of the NAIS blocks; see `NaisDenseBlock`, `NaisConvBlock`.
+
+    Subclasses implement `_create_weights(input_shape)`, `_input_term(u)`,
+    `_state_term(x, state_weights)`, `_state_weights()`,
+    `_state_shape(input_shape)`, `_project_state()` and
+    `_check_initial_state(input_shape)`.
+
+    Args:
+        num_steps: positive integer `K`, the number of unroll steps used in
+            training and, without `tol`, at inference.
+        step_size: float `h` in `(0, 1]`.
+        epsilon: float in `(0, 0.5)`, the stability margin.
+        activation: `"tanh"` or `"relu"` (or their Keras functions); any
+            other activation needs `allow_any_activation=True`.
+        stability: `"projection"`, `"reparametrization"` or `None`.
+        initial_state: `"zeros"` or `"input"` (start from the block input;
+            its shape must equal the state shape).
+        use_bias: whether the input term has a bias.
+        max_steps: positive integer, the largest depth of adaptive
+            inference; defaults to `num_steps`.
+        tol: `None` (fixed depth) or a non-negative float: at inference
+            each sample stops once the root mean square of its step change
+            is at most `tol`.
+        return_steps: whether `call` also returns the number of steps each
+            sample took.
+        allow_any_activation: accept an activation that the stability
+            analysis does not cover, with a `NaisStabilityWarning`.
+        state_initializer, input_initializer, bias_initializer:
+            initializers of the state weights, the input kernel and bias.
+        state_regularizer, input_regularizer, bias_regularizer:
+            optional regularizers of the same weights.
+        **kwargs: base `Layer` arguments (`name`, `dtype`, `trainable`,
+            `activity_regularizer`).
+    """
+
+    def __init__(
+        self,
+        num_steps=10,
+        step_size=1.0,
+        epsilon=0.01,
+        activation="tanh",
+        stability="projection",
+        initial_state="zeros",
+        use_bias=True,
+        max_steps=None,
+        tol=None,
+        return_steps=False,
+        allow_any_activation=False,
+        state_initializer=None,
+        input_initializer="glorot_uniform",
+        bias_initializer="zeros",
+        state_regularizer=None,
+        input_regularizer=None,
+        bias_regularizer=None,
+        **kwargs,
+    ):
+        self.num_steps = _check_positive_int("num_steps", num_steps)
+        self.step_size = _check_float_range(
+            "step_size", step_size, 0.0, 1.0, True, False
+        )
+        self.epsilon = _check_float_range(
+            "epsilon", epsilon, 0.0, 0.5, True, True
+        )
+        if stability not in STABILITY_MODES:
+            raise ValueError(
+                f"`stability` must be one of {STABILITY_MODES}. "
+                f"Received: stability={stability!r}"
+            )
+        if initial_state not in INITIAL_STATES:
+            raise ValueError(
+                f"`initial_state` must be one of {INITIAL_STATES}. "
+                f"Received: initial_state={initial_state!r}"
+            )
+        self.max_steps = _check_positive_int(
+            "max_steps", num_steps if max_steps is None else max_steps
+        )
+        if tol is not None:
+            tol = _check_float_range(
+                "tol", tol, 0.0, float("inf"), False, True
+            )
+        # Variables stay float32 under mixed precision: the projections and
+        # the norms of the stability check need the full precision.
+        super().__init__(autocast=False, **kwargs)
+
+        self.stability = stability
+        self.initial_state = initial_state
+        self.use_bias = bool(use_bias)
+        self.tol = tol
+        self.return_steps = bool(return_steps)
+        self.allow_any_activation = bool(allow_any_activation)
+        self.activation = keras.activations.get(activation)
+        self._check_activation(activation)
+
+        self.state_initializer = keras.initializers.get(
+            state_initializer or self._default_state_initializer()
+        )
+        self.input_initializer = keras.initializers.get(input_initializer)
+        self.bias_initializer = keras.initializers.get(bias_initializer)
+        self.state_regularizer = keras.regularizers.get(state_regularizer)
+        self.input_regularizer = keras.regularizers.get(input_regularizer)
+        self.bias_regularizer = keras.regularizers.get(bias_regularizer)
+        self.input_spec = keras.layers.InputSpec(ndim=self._input_ndim)
+
+    def _check_activation(self, activation):
+        if self.stability is None:
+            return
+        if any(self.activation is fn for fn in COVERED_ACTIVATIONS.values()):
+            return
+        if not self.allow_any_activation:
+            raise ValueError(
+                "The stability guarantee covers only the activations "
+                f"{tuple(COVERED_ACTIVATIONS)}. Pass "
+                "`allow_any_activation=True` to use another one without "
+                f"the guarantee. Received: activation={activation!r}"
+            )
+        warnings.warn(
+            f"Block '{self.name}' uses activation {activation!r}, which the "
+            "stability analysis does not cover: its conditions are still "
+            "enforced, but they no longer guarantee a stable block.",
+            NaisStabilityWarning,
+            stacklevel=3,
+        )
+
+    def _state_constraint(self):
+        """The constraint for the state weights in projection mode."""
+        raise NotImplementedError
+
+    def build(self, input_shape):
+        if len(input_shape) != self._input_ndim:
+            raise ValueError(
+                f"{type(self).__name__} expects inputs of rank "
+                f"{self._input_ndim}. Received: input_shape={input_shape}"
+            )
+        if self.initial_state == "input":
+            state_shape = self._state_shape(input_shape)
+            if tuple(state_shape[1:]) != tuple(input_shape[1:]):
+                raise ValueError(
+                    "`initial_state='input'` needs the block input to have "
+                    f"the state shape {state_shape[1:]}. Received: "
+                    f"input_shape={input_shape}"
+                )
+        self._create_weights(input_shape)
+        # Keras applies constraints only after optimizer steps, so the
+        # initial weights are projected here once.
+        if self.stability == "projection":
+            self.project()
+
+    def project(self):
+        """Projects the stored state weights into the stable set.
+
+        Useful after `set_weights`, `load_weights` or a custom training
+        loop that bypasses the optimizer. Does nothing when
+        `stability=None`.
+        """
+        if self.stability is None:
+            return
+        variable = self._state_variable
+        variable.assign(self._state_constraint()(variable))
+
+    def call(self, inputs, initial_state=None, training=None):
+        inputs = ops.cast(inputs, self.compute_dtype)
+        # Everything that does not depend on the step is computed once.
+        input_term = self._input_term(inputs)
+        state_weights = self._state_weights()
+        step_size = ops.cast(self.step_size, self.compute_dtype)
+
+        def step(state):
+            z = self._state_term(state, state_weights) + input_term
+            return step_size * self.activation(z)
+
+        if initial_state is not None:
+            state = ops.cast(initial_state, self.compute_dtype)
+        elif self.initial_state == "input":
+            state = inputs
+        else:
+            state = ops.zeros_like(input_term)
+
+        if self.tol is not None and not training:
+            state, steps = unroll.adaptive_unroll(
+                step, state, self.max_steps, self.tol
+            )
+        else:
+            state = unroll.fixed_unroll(step, state, self.num_steps)
+            steps = ops.full(ops.shape(state)[:1], self.num_steps, "int32")
+        if self.return_steps:
+            return state, steps
+        return state
+
+    def _cast(self, variable):
+        # `autocast=False` leaves variables in float32; cast them here.
+        if variable is None:
+            return None
+        return ops.cast(variable, self.compute_dtype)
+
+    def compute_output_shape(self, input_shape):
+        state_shape = self._state_shape(input_shape)
+        if self.return_steps:
+            return state_shape, (input_shape[0],)
+        return state_shape
+
+    def compute_output_spec(self, inputs, initial_state=None, training=None):
+        state = keras.KerasTensor(
+            self._state_shape(inputs.shape), dtype=self.compute_dtype
+        )
+        if self.return_steps:
+            return state, keras.KerasTensor((inputs.shape[0],), dtype="int32")
+        return state
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            {
+                "num_steps": self.num_steps,
+                "step_size": self.step_size,
+                "epsilon": self.epsilon,
+                "activation": keras.activations.serialize(self.activation),
+                "stability": self.stability,
+                "initial_state": self.initial_state,
+                "use_bias": self.use_bias,
+                "max_steps": self.max_steps,
+                "tol": self.tol,
+                "return_steps": self.return_steps,
+                "allow_any_activation": self.allow_any_activation,
+                "state_initializer": keras.initializers.serialize(
+                    self.state_initializer
+                ),
+                "input_initializer": keras.initializers.serialize(
+                    self.input_initializer
+                ),
+                "bias_initializer": keras.initializers.serialize(
+                    self.bias_initializer
+                ),
+                "state_regularizer": keras.regularizers.serialize(
+                    self.state_regularizer
+                ),
+                "input_regularizer": keras.regularizers.serialize(
+                    self.input_regularizer
+                ),
+                "bias_regularizer": keras.regularizers.serialize(
+                    self.bias_regularizer
+                ),
+            }
+        )
+        return config
