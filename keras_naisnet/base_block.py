@@ -138,9 +138,7 @@ class BaseNaisBlock(keras.layers.Layer):
             "max_steps", num_steps if max_steps is None else max_steps
         )
         if tol is not None:
-            tol = _check_float_range(
-                "tol", tol, 0.0, float("inf"), False, True
-            )
+            tol = _check_float_range("tol", tol, 0.0, float("inf"), False, True)
         # Variables stay float32 under mixed precision: the projections and
         # the norms of the stability check need the full precision.
         super().__init__(autocast=False, **kwargs)

@@ -47,23 +47,28 @@ def _check_eta(eta, epsilon):
     return float(eta)
 
 
+def _scaled_gram_norm(factor):
+    factor = ops.convert_to_tensor(factor)
+    # Dividing by the largest entry keeps R^T R finite for any finite R.
+    scale = ops.max(ops.abs(factor))
+    scale = ops.where(scale > 0, scale, ops.ones_like(scale))
+    scaled = factor / scale
+    gram = ops.matmul(ops.transpose(scaled), scaled)
+    return ops.sqrt(ops.sum(ops.square(gram))), scale
+
+
 def gram_frobenius_norm(factor):
     """Returns `||R^T R||_F` for a square or rectangular factor `R`.
-
-    The matrix is scaled by its largest entry first, so that weights far
-    outside the stable set do not overflow float32.
 
     Args:
         factor: tensor of shape `(rows, units)`.
 
     Returns:
-        A scalar tensor in the dtype of `factor`.
+        A scalar tensor in the dtype of `factor` (`inf` if the norm itself
+        overflows that dtype).
     """
-    scale = ops.max(ops.abs(factor))
-    safe_scale = ops.where(scale > 0, scale, ops.ones_like(scale))
-    scaled = factor / safe_scale
-    gram = ops.matmul(ops.transpose(scaled), scaled)
-    return ops.sqrt(ops.sum(ops.square(gram))) * ops.square(safe_scale)
+    norm, scale = _scaled_gram_norm(factor)
+    return norm * ops.square(scale)
 
 
 def project_dense_state(factor, epsilon=0.01):
@@ -92,10 +97,15 @@ def project_dense_state(factor, epsilon=0.01):
     """
     epsilon = _check_epsilon(epsilon)
     delta = 1.0 - 2.0 * epsilon
-    norm = gram_frobenius_norm(factor)
-    # The square root makes the Gram matrix, not the factor, land on delta.
-    scale = ops.sqrt(delta / ops.maximum(norm, delta))
-    return factor * ops.cast(scale, factor.dtype)
+    factor = ops.convert_to_tensor(factor)
+    norm, scale = _scaled_gram_norm(factor)
+    # A nonzero factor scaled to a largest entry of 1 has a Gram norm of at
+    # least 1, so the floor only guards R = 0 (and its gradient).
+    norm = ops.maximum(norm, 1.0)
+    # ||R^T R||_F = norm * scale**2. The square root makes the Gram matrix,
+    # not the factor, land on delta; the minimum leaves stable R untouched.
+    shrink = ops.minimum(ops.sqrt(delta / norm) / scale, 1.0)
+    return factor * ops.cast(shrink, factor.dtype)
 
 
 def centre_tap_mask(kernel_size, filters, dtype="float32"):
@@ -111,7 +121,8 @@ def centre_tap_mask(kernel_size, filters, dtype="float32"):
     """
     kh, kw = kernel_size
     position = ops.reshape(
-        ops.one_hot(kh // 2 * kw + kw // 2, kh * kw, dtype=dtype), (kh, kw, 1, 1)
+        ops.one_hot(kh // 2 * kw + kw // 2, kh * kw, dtype=dtype),
+        (kh, kw, 1, 1),
     )
     return position * ops.eye(filters, dtype=dtype)[None, None]
 
@@ -130,6 +141,7 @@ def conv_state_margins(kernel, epsilon=0.01, eta=0.1):
         `gershgorin` (`|1 + centre_c| + r_c`, which must be at most
         `1 - epsilon`).
     """
+    kernel = ops.convert_to_tensor(kernel)
     kh, kw, _, filters = kernel.shape
     mask = centre_tap_mask((kh, kw), filters, kernel.dtype)
     centre = ops.sum(kernel * mask, axis=(0, 1, 2))
@@ -171,6 +183,7 @@ def project_conv_state(kernel, epsilon=0.01, eta=0.1):
     """
     epsilon = _check_epsilon(epsilon)
     eta = _check_eta(eta, epsilon)
+    kernel = ops.convert_to_tensor(kernel)
     kh, kw, filters_in, filters = kernel.shape
     if kh % 2 == 0 or kw % 2 == 0 or filters_in != filters:
         raise ValueError(

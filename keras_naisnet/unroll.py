@@ -13,7 +13,23 @@ do not depend on `k`, so nothing but the state update runs per step.
   differentiate it).
 """
 
+import keras
 from keras import ops
+
+
+def _traced_by_torch():
+    """Whether PyTorch is tracing or compiling the current call.
+
+    The torch backend runs `ops.while_loop` as a Python loop whose
+    condition is read from a tensor, so a tracer (`torch.jit.trace`, used by
+    ONNX export) or `torch.export` would record the trip count of the
+    example input and silently reuse it for every other input.
+    """
+    if keras.backend.backend() != "torch":
+        return False
+    import torch
+
+    return torch.jit.is_tracing() or torch.compiler.is_compiling()
 
 
 def step_change_rms(delta):
@@ -86,9 +102,19 @@ def adaptive_unroll(step, state, max_steps, tol):
         keep = ops.reshape(active, broadcast_shape)
         state = ops.where(keep, state + delta, state)
         steps = steps + ops.cast(active, "int32")
-        settled = step_change_rms(delta) <= tol
-        return state, steps, ops.logical_and(active, ops.logical_not(settled))
+        change = step_change_rms(delta)
+        # Written as "above tol or NaN" rather than "not (change <= tol)":
+        # TensorFlow's graph optimizer rewrites `logical_not(a <= b)` into
+        # `a > b`, which is False for NaN and stopped NaN samples at once.
+        unsettled = ops.logical_or(change > tol, ops.isnan(change))
+        return state, steps, ops.logical_and(active, unsettled)
 
+    if _traced_by_torch():
+        # Same result: a settled sample is frozen by the mask, so running
+        # all `max_steps` steps changes neither its state nor its count.
+        for _ in range(max_steps):
+            state, steps, active = body(state, steps, active)
+        return state, steps
     state, steps, _ = ops.while_loop(
         cond, body, (state, steps, active), maximum_iterations=max_steps
     )
