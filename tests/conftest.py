@@ -10,13 +10,15 @@ import pathlib
 
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=2")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+REPO = pathlib.Path(__file__).resolve().parents[1]
+SHARED_TFDS = REPO.parent / "shared" / "data" / "tfds"
+# TFDS reads its default data directory when it is first imported.
+if not os.environ.get("TFDS_DATA_DIR"):
+    os.environ["TFDS_DATA_DIR"] = str(SHARED_TFDS)
 
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
-
-REPO = pathlib.Path(__file__).resolve().parents[1]
-SHARED_TFDS = REPO.parent / "shared" / "data" / "tfds"
 
 
 def _split_logical_cpus():
@@ -43,7 +45,7 @@ def tfds_data_dir():
     `TFDS_DATA_DIR` wins; otherwise the prepared copy beside the checkout.
     A missing directory fails the test: CI must not skip real-data tests.
     """
-    path = pathlib.Path(os.environ.get("TFDS_DATA_DIR", SHARED_TFDS))
+    path = pathlib.Path(os.environ["TFDS_DATA_DIR"])
     if not (path / "cifar10").is_dir():
         pytest.fail(
             f"No TFDS data at {path}: set TFDS_DATA_DIR to a directory "
