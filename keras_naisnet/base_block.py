@@ -63,10 +63,11 @@ def _check_float_range(name, value, low, high, low_open, high_open):
 class BaseNaisBlock(keras.layers.Layer):
     """Base class of the NAIS blocks; see `NaisDenseBlock`, `NaisConvBlock`.
 
-    Subclasses implement `_create_weights(input_shape)`, `_input_term(u)`,
-    `_state_term(x, state_weights)`, `_state_weights()`,
-    `_state_shape(input_shape)`, `_project_state()` and
-    `_check_initial_state(input_shape)`.
+    A subclass sets `_input_ndim` and `_state_weight_name` and implements
+    `_state_weight_shape()`, `_input_kernel_shape(input_shape)`,
+    `_input_product(inputs, kernel)`, `_state_term(state, state_weights)`,
+    `_state_weights()`, `_state_shape(input_shape)`,
+    `_default_state_initializer()` and `_state_constraint()`.
 
     Args:
         num_steps: positive integer `K`, the number of unroll steps used in
@@ -200,11 +201,56 @@ class BaseNaisBlock(keras.layers.Layer):
                     f"the state shape {state_shape[1:]}. Received: "
                     f"input_shape={input_shape}"
                 )
-        self._create_weights(input_shape)
+        if input_shape[-1] is None:
+            raise ValueError(
+                f"{type(self).__name__} needs a known last input dimension. "
+                f"Received: input_shape={input_shape}"
+            )
+        self._state_variable = self.add_weight(
+            name=self._state_weight_name,
+            shape=self._state_weight_shape(),
+            initializer=self.state_initializer,
+            regularizer=self.state_regularizer,
+            constraint=(
+                self._state_constraint()
+                if self.stability == "projection"
+                else None
+            ),
+        )
+        self._input_kernel = self.add_weight(
+            name="input_kernel",
+            shape=self._input_kernel_shape(input_shape),
+            initializer=self.input_initializer,
+            regularizer=self.input_regularizer,
+        )
+        self._bias = None
+        if self.use_bias:
+            self._bias = self.add_weight(
+                name="bias",
+                shape=(self._state_weight_shape()[-1],),
+                initializer=self.bias_initializer,
+                regularizer=self.bias_regularizer,
+            )
         # Keras applies constraints only after optimizer steps, so the
         # initial weights are projected here once.
         if self.stability == "projection":
             self.project()
+
+    @property
+    def input_kernel(self):
+        """The input kernel (`B` dense, `D` conv), a variable."""
+        return self._input_kernel
+
+    @property
+    def bias(self):
+        """The bias of the input term, or `None` when `use_bias=False`."""
+        return self._bias
+
+    def _input_term(self, inputs):
+        term = self._input_product(inputs, self._cast(self._input_kernel))
+        if self._bias is not None:
+            term = term + self._cast(self._bias)
+        return term
 
     def project(self):
         """Projects the stored state weights into the stable set.

@@ -85,6 +85,7 @@ class NaisConvBlock(BaseNaisBlock):
     """
 
     _input_ndim = 4
+    _state_weight_name = "state_kernel"
 
     def __init__(
         self,
@@ -109,6 +110,11 @@ class NaisConvBlock(BaseNaisBlock):
         self.strides = strides
         super().__init__(input_initializer=input_initializer, **kwargs)
         self.eta = _check_eta(eta, self.epsilon)
+        if self.initial_state == "input" and strides != 1:
+            raise ValueError(
+                "`initial_state='input'` needs `strides=1`: a strided state "
+                f"cannot start from the input. Received: strides={strides}"
+            )
 
     def _default_state_initializer(self):
         return ConvStateInitializer()
@@ -127,45 +133,19 @@ class NaisConvBlock(BaseNaisBlock):
             self.filters,
         )
 
-    def _create_weights(self, input_shape):
-        channels = input_shape[-1]
-        if channels is None:
-            raise ValueError(
-                "NaisConvBlock needs a known number of input channels. "
-                f"Received: input_shape={input_shape}"
-            )
-        if self.initial_state == "input" and self.strides != 1:
-            raise ValueError(
-                "`initial_state='input'` needs `strides=1`. "
-                f"Received: strides={self.strides}"
-            )
+    def _state_weight_shape(self):
         k = self.kernel_size
-        self._state_variable = self.add_weight(
-            name="state_kernel",
-            shape=(k, k, self.filters, self.filters),
-            initializer=self.state_initializer,
-            regularizer=self.state_regularizer,
-            constraint=(
-                self._state_constraint()
-                if self.stability == "projection"
-                else None
-            ),
+        return (k, k, self.filters, self.filters)
+
+    def _input_kernel_shape(self, input_shape):
+        k = self.kernel_size
+        return (k, k, input_shape[-1], self.filters)
+
+    def build(self, input_shape):
+        super().build(input_shape)
+        self.input_spec = keras.layers.InputSpec(
+            ndim=4, axes={-1: input_shape[-1]}
         )
-        self._input_kernel = self.add_weight(
-            name="input_kernel",
-            shape=(k, k, channels, self.filters),
-            initializer=self.input_initializer,
-            regularizer=self.input_regularizer,
-        )
-        self._bias = None
-        if self.use_bias:
-            self._bias = self.add_weight(
-                name="bias",
-                shape=(self.filters,),
-                initializer=self.bias_initializer,
-                regularizer=self.bias_regularizer,
-            )
-        self.input_spec = keras.layers.InputSpec(ndim=4, axes={-1: channels})
 
     @property
     def state_kernel(self):
@@ -178,29 +158,13 @@ class NaisConvBlock(BaseNaisBlock):
             kernel = project_conv_state(kernel, self.epsilon, self.eta)
         return kernel
 
-    @property
-    def input_kernel(self):
-        """The input kernel `D`, `(k, k, input_channels, filters)`."""
-        return self._input_kernel
-
-    @property
-    def bias(self):
-        """The bias `E`, or `None` when `use_bias=False`."""
-        return self._bias
-
     def _state_weights(self):
         return ops.cast(self.state_kernel, self.compute_dtype)
 
-    def _input_term(self, inputs):
-        term = ops.conv(
-            inputs,
-            self._cast(self._input_kernel),
-            strides=self.strides,
-            padding="same",
+    def _input_product(self, inputs, input_kernel):
+        return ops.conv(
+            inputs, input_kernel, strides=self.strides, padding="same"
         )
-        if self._bias is not None:
-            term = term + self._cast(self._bias)
-        return term
 
     def _state_term(self, state, state_kernel):
         return ops.conv(state, state_kernel, strides=1, padding="same")

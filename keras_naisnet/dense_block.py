@@ -80,6 +80,7 @@ class NaisDenseBlock(BaseNaisBlock):
     """
 
     _input_ndim = 2
+    _state_weight_name = "state_factor"
 
     def __init__(self, units, **kwargs):
         self.units = _check_positive_int("units", units)
@@ -94,38 +95,11 @@ class NaisDenseBlock(BaseNaisBlock):
     def _state_shape(self, input_shape):
         return (input_shape[0], self.units)
 
-    def _create_weights(self, input_shape):
-        input_dim = input_shape[-1]
-        if input_dim is None:
-            raise ValueError(
-                "NaisDenseBlock needs a known last input dimension. "
-                f"Received: input_shape={input_shape}"
-            )
-        self._state_variable = self.add_weight(
-            name="state_factor",
-            shape=(self.units, self.units),
-            initializer=self.state_initializer,
-            regularizer=self.state_regularizer,
-            constraint=(
-                self._state_constraint()
-                if self.stability == "projection"
-                else None
-            ),
-        )
-        self._input_kernel = self.add_weight(
-            name="input_kernel",
-            shape=(input_dim, self.units),
-            initializer=self.input_initializer,
-            regularizer=self.input_regularizer,
-        )
-        self._bias = None
-        if self.use_bias:
-            self._bias = self.add_weight(
-                name="bias",
-                shape=(self.units,),
-                initializer=self.bias_initializer,
-                regularizer=self.bias_regularizer,
-            )
+    def _state_weight_shape(self):
+        return (self.units, self.units)
+
+    def _input_kernel_shape(self, input_shape):
+        return (input_shape[-1], self.units)
 
     @property
     def state_factor(self):
@@ -144,24 +118,11 @@ class NaisDenseBlock(BaseNaisBlock):
         gram = ops.matmul(ops.transpose(factor), factor)
         return -(gram + self.epsilon * ops.eye(self.units, dtype=gram.dtype))
 
-    @property
-    def input_kernel(self):
-        """The input matrix `B`, shape `(input_dim, units)`."""
-        return self._input_kernel
-
-    @property
-    def bias(self):
-        """The bias `b`, or `None` when `use_bias=False`."""
-        return self._bias
-
     def _state_weights(self):
         return ops.cast(self.state_matrix, self.compute_dtype)
 
-    def _input_term(self, inputs):
-        term = ops.matmul(inputs, self._cast(self._input_kernel))
-        if self._bias is not None:
-            term = term + self._cast(self._bias)
-        return term
+    def _input_product(self, inputs, input_kernel):
+        return ops.matmul(inputs, input_kernel)
 
     def _state_term(self, state, state_matrix):
         return ops.matmul(state, state_matrix)

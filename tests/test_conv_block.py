@@ -153,13 +153,18 @@ def test_bad_arguments_raise(kwargs, message):
     "kwargs, input_shape",
     [
         ({"initial_state": "input"}, (None, 8, 8, 3)),
-        ({"initial_state": "input", "strides": 2}, (None, 8, 8, 4)),
+        ({"initial_state": "input", "strides": 1}, (None, 8, 8, 5)),
     ],
 )
 def test_initial_state_input_needs_state_shape(kwargs, input_shape):
     block = NaisConvBlock(4, **kwargs)
     with pytest.raises(ValueError, match="initial_state='input'"):
         block.build(input_shape)
+
+
+def test_initial_state_input_refuses_strides():
+    with pytest.raises(ValueError, match="Received: strides=2"):
+        NaisConvBlock(4, initial_state="input", strides=2)
 
 
 def test_wrong_rank_and_channels_raise():
