@@ -25,7 +25,10 @@ Jacobian strictly inside the unit disc for `0 < h <= 1` and activation slopes
 in `(0, 1]`.
 """
 
+import functools
+
 import keras
+import numpy as np
 from keras import ops
 
 
@@ -127,6 +130,18 @@ def centre_tap_mask(kernel_size, filters, dtype="float32"):
     return position * ops.eye(filters, dtype=dtype)[None, None]
 
 
+@functools.lru_cache(maxsize=32)
+def _centre_tap_masks(kh, kw, filters, dtype):
+    """The centre-tap mask (boolean) and its complement (`dtype`), cached.
+
+    NumPy constants, so that caching them is safe under every backend's
+    tracing.
+    """
+    mask = np.zeros((kh, kw, filters, filters), dtype=bool)
+    mask[kh // 2, kw // 2] = np.eye(filters, dtype=bool)
+    return mask, np.logical_not(mask).astype(dtype)
+
+
 def conv_state_margins(kernel, epsilon=0.01, eta=0.1):
     """Splits a state kernel into the quantities of the conv condition.
 
@@ -190,14 +205,21 @@ def project_conv_state(kernel, epsilon=0.01, eta=0.1):
             "A state kernel must have odd spatial size and as many input as "
             f"output channels. Received: kernel.shape={tuple(kernel.shape)}"
         )
-    mask = centre_tap_mask((kh, kw), filters, kernel.dtype)
-    margins = conv_state_margins(kernel, epsilon, eta)
-    delta = ops.clip(-1.0 - margins["centre"], -1.0 + eta, 1.0 - eta)
+    # Runs after every optimizer step (and in every forward pass with
+    # reparametrization), so it uses few operations: the centre taps are a
+    # diagonal slice, the masks are cached constants, and `where` writes the
+    # new centre taps exactly.
+    dtype = keras.backend.standardize_dtype(kernel.dtype)
+    mask, off_mask = _centre_tap_masks(kh, kw, filters, dtype)
+    mask = ops.convert_to_tensor(mask)
+    off_mask = ops.convert_to_tensor(off_mask)
+    centre = ops.diagonal(kernel[kh // 2, kw // 2])
+    r = ops.sum(ops.abs(kernel) * off_mask, axis=(0, 1, 2))
+    delta = ops.clip(-1.0 - centre, -1.0 + eta, 1.0 - eta)
     budget = 1.0 - epsilon - ops.abs(delta)
-    r = margins["off_centre_sum"]
     # Equal to 1 when the taps are already inside the budget.
     scale = budget / ops.maximum(r, budget)
-    return kernel * (1.0 - mask) * scale + mask * (-1.0 - delta)
+    return ops.where(mask, -1.0 - delta, kernel * scale)
 
 
 @keras.saving.register_keras_serializable(package="keras_naisnet")
