@@ -8,7 +8,10 @@ unroll a stable, input-driven recurrence in depth. See `NaisDenseBlock` and
 
 from keras_naisnet import constraints as constraints
 from keras_naisnet import initializers as initializers
-from keras_naisnet.base_block import NaisStabilityWarning as NaisStabilityWarning
+from keras_naisnet import stability as stability
+from keras_naisnet.base_block import (
+    NaisStabilityWarning as NaisStabilityWarning,
+)
 from keras_naisnet.conv_block import NaisConvBlock as NaisConvBlock
 from keras_naisnet.dense_block import NaisDenseBlock as NaisDenseBlock
 
