@@ -1,0 +1,197 @@
+"""examples/cifar.py and examples/compare.py end to end, on real CIFAR-10."""
+
+import csv
+import json
+import math
+import pathlib
+import subprocess
+import sys
+
+import keras
+import numpy as np
+import pytest
+
+from keras_naisnet import data
+from tests.conftest import REPO
+from tests.conftest import backend
+
+sys.path.insert(0, str(REPO / "examples"))
+
+import cifar  # noqa: E402
+import compare  # noqa: E402
+
+SAVED_MODEL_CLI = pathlib.Path(sys.executable).parent / "saved_model_cli"
+
+
+def test_pipeline_batches_scales_and_slices(tfds_data_dir):
+    ds = data.load_image_classification(
+        "cifar10",
+        "train",
+        batch_size=16,
+        data_dir=tfds_data_dir,
+        take=40,
+        augment=True,
+        seed=1,
+    )
+    batches = list(ds)
+    assert [len(labels) for _, labels in batches] == [16, 16, 8]
+    images = np.concatenate([np.asarray(x) for x, _ in batches])
+    assert images.dtype == np.float32 and images.shape[1:] == (32, 32, 3)
+    assert 0.0 <= images.min() and images.max() <= 1.0
+    labels = np.concatenate([np.asarray(y) for _, y in batches])
+    assert labels.dtype == np.int32 and set(labels) <= set(range(10))
+    # Without augmentation and shuffling the pipeline returns the split.
+    plain = data.load_image_classification(
+        "cifar10", "train[:40]", batch_size=40, data_dir=tfds_data_dir
+    )
+    x, y = next(iter(plain))
+    again = data.load_image_classification(
+        "cifar10", "train", batch_size=40, data_dir=tfds_data_dir, take=40
+    )
+    x2, y2 = next(iter(again))
+    np.testing.assert_array_equal(np.asarray(x), np.asarray(x2))
+    np.testing.assert_array_equal(np.sort(np.asarray(y)), np.sort(labels))
+    with pytest.raises(ValueError, match="Received: batch_size=0"):
+        data.load_image_classification("cifar10", "train", batch_size=0)
+
+
+def test_help_lists_the_flags(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        cifar.main(["--help"])
+    assert exit_info.value.code == 0
+    text = capsys.readouterr().out
+    for flag in (
+        "--dataset",
+        "--data-dir",
+        "--model",
+        "--num-steps",
+        "--epochs",
+        "--batch-size",
+        "--train-size",
+        "--test-size",
+        "--seed",
+        "--output",
+        "--export",
+        "--strategy",
+    ):
+        assert flag in text
+
+
+@pytest.mark.slow
+def test_end_to_end_run_and_export(tfds_data_dir, tmp_path):
+    output = tmp_path / "run"
+    argv = [
+        "--data-dir",
+        tfds_data_dir,
+        "--epochs",
+        "1",
+        "--train-size",
+        "512",
+        "--test-size",
+        "256",
+        # A small NAIS-Net keeps the test within its time budget.
+        "--blocks-per-stage",
+        "1",
+        "--num-steps",
+        "2",
+        "--output",
+        str(output),
+        "--verbose",
+        "0",
+    ]
+    export_dir = tmp_path / "savedmodel"
+    if backend() == "tensorflow":
+        argv += ["--export", str(export_dir)]
+    results = cifar.main(argv)
+
+    saved = json.loads((output / "results.json").read_text())
+    assert saved == json.loads(json.dumps(results))
+    for key in (
+        "train_accuracy",
+        "test_accuracy",
+        "generalization_gap",
+        "wall_time_s",
+    ):
+        assert math.isfinite(saved[key]), key
+    assert 0 <= saved["train_accuracy"] <= 1
+    assert 0 <= saved["test_accuracy"] <= 1
+    assert saved["generalization_gap"] == pytest.approx(
+        saved["train_accuracy"] - saved["test_accuracy"]
+    )
+    assert saved["epochs"] == 1 and saved["params"] == 75_450
+    assert saved["dataset"] == "cifar10" and saved["model"] == "naisnet"
+    with open(output / "history.csv", newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    assert len(rows) == 1
+    assert {"accuracy", "loss", "val_accuracy", "val_loss"} <= set(rows[0])
+    assert math.isfinite(float(rows[0]["val_loss"]))
+    png = (output / "learning_curves.png").read_bytes()
+    assert png.startswith(b"\x89PNG")
+    reloaded = keras.models.load_model(output / "model.keras")
+    assert reloaded.count_params() == 75_450
+
+    if backend() != "tensorflow":
+        pytest.skip(
+            "The SavedModel export is checked on TensorFlow only; the rest "
+            f"of the run passed on {backend()}."
+        )
+    # The program already reloaded it in a fresh process and compared.
+    assert saved["export_max_abs_error"] <= cifar.EXPORT_ATOL
+    shown = subprocess.run(
+        [
+            str(SAVED_MODEL_CLI),
+            "show",
+            "--dir",
+            str(export_dir),
+            "--tag_set",
+            "serve",
+            "--signature_def",
+            "serve",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    assert "inputs['images']" in shown and "(-1, 10)" in shown
+
+
+def _fake_results(path, model, train, test):
+    path.mkdir(parents=True)
+    results = dict(
+        model=model,
+        dataset="cifar10",
+        train_accuracy=train,
+        test_accuracy=test,
+        generalization_gap=train - test,
+        params=1234,
+        wall_time_s=5.0,
+        num_steps=3 if model != "resnet" else None,
+        blocks_per_stage=3,
+        epochs=2,
+        train_split="train[:100]",
+        test_split="test[:50]",
+        batch_size=32,
+        backend="tensorflow",
+    )
+    (path / "results.json").write_text(json.dumps(results))
+
+
+def test_compare_collects_a_markdown_table(tmp_path):
+    _fake_results(tmp_path / "a", "naisnet", 0.75, 0.5)
+    _fake_results(tmp_path / "b", "resnet", 0.875, 0.5)
+    compare.main(
+        [
+            "--collect",
+            str(tmp_path / "a"),
+            str(tmp_path / "b"),
+            "--output",
+            str(tmp_path / "table"),
+        ]
+    )
+    lines = (tmp_path / "table" / "results.md").read_text().splitlines()
+    assert (
+        "| naisnet | 3 x 3 | 1,234 | 75.00% | 50.00% | 25.00 | 5 s |" in lines
+    )
+    assert "| resnet | 3 x - | 1,234 | 87.50% | 50.00% | 37.50 | 5 s |" in lines
+    with pytest.raises(ValueError, match="Received: models='vgg'"):
+        compare.main(["--models", "vgg"])
