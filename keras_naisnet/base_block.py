@@ -247,6 +247,11 @@ class BaseNaisBlock(keras.layers.Layer):
                 initializer=self.bias_initializer,
                 regularizer=self.bias_regularizer,
             )
+        # A clear ValueError, not a backend error from inside `call`, when a
+        # built block gets another input size.
+        self.input_spec = keras.layers.InputSpec(
+            ndim=self._input_ndim, axes={-1: input_shape[-1]}
+        )
         # Keras applies constraints only after optimizer steps, so the
         # initial weights are projected here once.
         if self.stability == "projection":

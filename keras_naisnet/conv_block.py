@@ -141,12 +141,6 @@ class NaisConvBlock(BaseNaisBlock):
         k = self.kernel_size
         return (k, k, input_shape[-1], self.filters)
 
-    def build(self, input_shape):
-        super().build(input_shape)
-        self.input_spec = keras.layers.InputSpec(
-            ndim=4, axes={-1: input_shape[-1]}
-        )
-
     @property
     def state_kernel(self):
         """The state kernel `C` that `call` uses, `(k, k, filters, filters)`.

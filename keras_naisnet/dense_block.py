@@ -101,14 +101,6 @@ class NaisDenseBlock(BaseNaisBlock):
     def _input_kernel_shape(self, input_shape):
         return (input_shape[-1], self.units)
 
-    def build(self, input_shape):
-        super().build(input_shape)
-        # A clear ValueError, not a backend matmul error, when a built block
-        # gets another input size.
-        self.input_spec = keras.layers.InputSpec(
-            ndim=2, axes={-1: input_shape[-1]}
-        )
-
     @property
     def state_factor(self):
         """The stored trainable factor `R` (a variable)."""
