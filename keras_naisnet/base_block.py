@@ -86,7 +86,8 @@ class BaseNaisBlock(keras.layers.Layer):
             its shape must equal the state shape).
         use_bias: whether the input term has a bias.
         max_steps: integer in `[1, 2**31 - 1]`, the largest depth of
-            adaptive inference; defaults to `num_steps`.
+            adaptive inference; defaults to `num_steps`. Used only when
+            `tol` is set.
         tol: `None` (fixed depth) or a non-negative float: at inference
             each sample stops once the root mean square of its step change
             is at most `tol`.
@@ -308,6 +309,7 @@ class BaseNaisBlock(keras.layers.Layer):
         zero_start = initial_state is None and self.initial_state == "zeros"
         if initial_state is not None:
             state = ops.cast(initial_state, self.compute_dtype)
+            self._check_initial_state_shape(state, input_term)
         elif self.initial_state == "input":
             state = inputs
 
@@ -331,6 +333,20 @@ class BaseNaisBlock(keras.layers.Layer):
         if self.return_steps:
             return state, steps
         return state
+
+    def _check_initial_state_shape(self, state, input_term):
+        # Static shapes only, so this is free inside a traced function.
+        expected, received = input_term.shape[1:], state.shape[1:]
+        mismatch = len(expected) != len(received) or any(
+            a is not None and b is not None and a != b
+            for a, b in zip(expected, received)
+        )
+        if mismatch:
+            raise ValueError(
+                "The `initial_state` call argument must have the state shape "
+                f"(batch,) + {tuple(expected)}. "
+                f"Received: initial_state.shape={tuple(state.shape)}"
+            )
 
     def _cast(self, variable):
         # `autocast=False` leaves variables in float32; cast them here.

@@ -7,6 +7,6 @@ status=0
 ruff check keras_naisnet tests examples benchmarks || status=1
 for backend in tensorflow jax torch; do
     echo "=== KERAS_BACKEND=$backend"
-    KERAS_BACKEND=$backend python -m pytest "$@" || status=1
+    KERAS_BACKEND=$backend python -m pytest --durations=10 "$@" || status=1
 done
 exit $status

@@ -153,3 +153,14 @@ def test_initial_state_call_argument(kind, rng):
         keras.ops.convert_to_numpy(zeros_start),
         atol=1e-6,
     )
+
+
+@pytest.mark.parametrize("kind", sorted(BLOCKS))
+def test_initial_state_of_the_wrong_shape_raises(kind, rng):
+    make, shape = BLOCKS[kind]
+    block = make()
+    x = rng.normal(size=(2,) + shape).astype("float32")
+    state_shape = block.compute_output_shape((2,) + shape)
+    wrong = np.zeros(state_shape[:-1] + (state_shape[-1] + 1,), "float32")
+    with pytest.raises(ValueError, match="Received: initial_state.shape="):
+        block(x, initial_state=wrong)
