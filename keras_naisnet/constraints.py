@@ -123,11 +123,8 @@ def centre_tap_mask(kernel_size, filters, dtype="float32"):
         A tensor of shape `(kh, kw, filters, filters)`.
     """
     kh, kw = kernel_size
-    position = ops.reshape(
-        ops.one_hot(kh // 2 * kw + kw // 2, kh * kw, dtype=dtype),
-        (kh, kw, 1, 1),
-    )
-    return position * ops.eye(filters, dtype=dtype)[None, None]
+    mask, _ = _centre_tap_masks(kh, kw, filters, "float32")
+    return ops.cast(ops.convert_to_tensor(mask), dtype)
 
 
 @functools.lru_cache(maxsize=32)
