@@ -116,7 +116,7 @@ def build_parser():
     parser.add_argument(
         "--activation",
         choices=("relu", "tanh"),
-        default="relu",
+        default="tanh",
         help="activation inside the steps of the NAIS family",
     )
     parser.add_argument("--epochs", type=_positive_int, default=10)

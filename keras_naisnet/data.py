@@ -74,18 +74,21 @@ def dataset_info(dataset, data_dir=None):
     }
 
 
-def augment_image(image, crop_padding=4, flip=True, seed=None):
+def augment_image(image, seed, crop_padding=4, flip=True):
     """Random crop after zero padding, and a random horizontal flip.
 
     The standard CIFAR augmentation: pad by `crop_padding` pixels on each
     side, crop back to the original size at a random offset, flip left to
-    right with probability 1/2.
+    right with probability 1/2. The random ops are stateless: the same
+    `seed` gives the same augmentation, whichever thread of a parallel
+    `map` runs it.
 
     Args:
         image: float tensor `(height, width, channels)`.
+        seed: integer tensor of shape `(2,)`, the seed of this image's
+            augmentation.
         crop_padding: non-negative integer; 0 disables the crop.
         flip: whether to flip at random.
-        seed: optional integer seed of the random ops.
 
     Returns:
         The augmented image, same shape and dtype.
@@ -93,18 +96,23 @@ def augment_image(image, crop_padding=4, flip=True, seed=None):
     Example:
 
     >>> import numpy as np
-    >>> augment_image(np.zeros((32, 32, 3), "float32")).shape
+    >>> augment_image(np.zeros((32, 32, 3), "float32"), seed=[0, 1]).shape
     TensorShape([32, 32, 3])
     """
     tf = _tf()
     image = tf.convert_to_tensor(image)
+    seed = tf.cast(tf.convert_to_tensor(seed), tf.int64)
+    # Two independent seeds, one per random op, derived from `seed`.
+    crop_seed, flip_seed = tf.unstack(
+        tf.random.experimental.stateless_split(seed, num=2)
+    )
     if crop_padding:
         shape = tf.shape(image)
         pad = [crop_padding, crop_padding]
         padded = tf.pad(image, [pad, pad, [0, 0]])
-        image = tf.image.random_crop(padded, shape, seed=seed)
+        image = tf.image.stateless_random_crop(padded, shape, seed=crop_seed)
     if flip:
-        image = tf.image.random_flip_left_right(image, seed=seed)
+        image = tf.image.stateless_random_flip_left_right(image, seed=flip_seed)
     return image
 
 
@@ -142,7 +150,8 @@ def load_image_classification(
         augment: random crop with padding and horizontal flip (see
             `augment_image`); use it for training only.
         shuffle: whether to shuffle; defaults to `augment`.
-        seed: optional integer seed of the shuffle and the augmentation.
+        seed: optional integer seed of the shuffle and the augmentation;
+            with a seed the pipeline yields the same batches on every run.
         crop_padding: padding of the random crop when augmenting.
         flip: whether augmentation flips images.
         cache: keep the decoded, scaled images in memory after the first
@@ -213,10 +222,18 @@ def load_image_classification(
         # A buffer as large as CIFAR's training split gives a full shuffle.
         ds = ds.shuffle(50_000, seed=seed, reshuffle_each_iteration=True)
     if augment:
+        # One seed pair per example from a seeded random stream, drawn anew
+        # each epoch: with `seed` set, a run augments the same way every
+        # time (stateful random ops in a parallel map would not).
+        seeds = tf.data.Dataset.random(
+            seed=seed, rerandomize_each_iteration=True
+        ).batch(2, drop_remainder=True)
 
-        def augment_pair(image, label):
-            return augment_image(image, crop_padding, flip, seed), label
+        def augment_pair(example, pair):
+            image, label = example
+            return augment_image(image, pair, crop_padding, flip), label
 
+        ds = tf.data.Dataset.zip(ds, seeds)
         ds = ds.map(augment_pair, num_parallel_calls=tf.data.AUTOTUNE)
     ds = ds.batch(int(batch_size), drop_remainder=drop_remainder)
     return ds.prefetch(tf.data.AUTOTUNE)

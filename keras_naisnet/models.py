@@ -11,7 +11,8 @@ unrolled `num_steps` times,
 
     u    = relu(batch_norm(block input))          (input path, run once)
     d    = conv(u, D) + E                         (input term, run once)
-    x(0) = u where shapes allow, else 0 (non-autonomous) or d (autonomous)
+    x(0) = block input (non-autonomous) or u (autonomous) where shapes
+           allow, else 0 (non-autonomous) or d (autonomous)
     x(k+1) = x(k) + step_size * act(S_k(x(k)) [+ d if non-autonomous])
 
 with `S_k` a 3 x 3 state convolution, optionally followed by batch norm.
@@ -168,8 +169,9 @@ def _nais_family_block(x, filters, strides, flags, settings, name):
             input_regularizer=_l2(settings["weight_decay"]),
             name=name,
         )
-        # x(0) = u keeps the identity path of a residual network.
-        return block(u, initial_state=u if same_shape else None)
+        # x(0) = block input: the un-normalized identity path of a
+        # pre-activation residual network.
+        return block(u, initial_state=x if same_shape else None)
 
     input_term = keras.layers.Conv2D(
         filters,
@@ -205,7 +207,12 @@ def _nais_family_block(x, filters, strides, flags, settings, name):
 
     shared_conv = state_conv(0) if shared else None
     first = 0
-    if same_shape:
+    if same_shape and non_autonomous:
+        # u enters every step, so the state can start from the raw input.
+        state = x
+    elif same_shape:
+        # An autonomous block sees its input only through x(0): start from
+        # the normalized path, or the block would have no normalization.
         state = u
     elif non_autonomous:
         # From x(0) = 0 the state term of the first step vanishes.
@@ -239,7 +246,7 @@ def build_ablation_model(
     num_steps=3,
     blocks_per_stage=3,
     filters=STAGE_FILTERS,
-    activation="relu",
+    activation="tanh",
     step_size=1.0,
     epsilon=0.01,
     eta=0.1,

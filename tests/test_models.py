@@ -10,6 +10,7 @@ from keras_naisnet import NaisConvBlock
 from keras_naisnet import constraints
 from keras_naisnet import models
 from keras_naisnet import stability
+from tests import reference
 from tests.conftest import backend
 
 SMALL = dict(input_shape=(8, 8, 3), blocks_per_stage=1, num_steps=2)
@@ -149,6 +150,57 @@ def test_every_flag_combination(flags):
             for c in (16, 32, 64)
         )
         assert grows == per_step
+
+
+@pytest.mark.parametrize("name", ["naisnet", "resnet-na"])
+def test_first_block_starts_from_its_raw_input(name, rng):
+    # The first block keeps its shape, so its state starts from the block
+    # input (the stem output) itself, not from the normalized input path
+    # u = relu(batch_norm(input)) that feeds its input convolution. Both
+    # code paths (NaisConvBlock and the generic unrolled block) are checked
+    # against the float64 recurrence.
+    model = models.build_model(
+        name, input_shape=(6, 6, 3), blocks_per_stage=1, num_steps=2
+    )
+    block = "stage1_block1"
+    probe = keras.Model(
+        model.input,
+        [
+            model.get_layer("model_stem").output,
+            model.get_layer(f"{block}_input_relu").output,
+            model.get_layer(block).output
+            if name == "naisnet"
+            else model.get_layer(f"{block}_step_1").output,
+        ],
+    )
+    images = rng.uniform(size=(2, 6, 6, 3)).astype("float32")
+    x0, u, output = (_np(t) for t in probe(images))
+    if name == "naisnet":
+        layer = model.get_layer(block)
+        state_kernels = [_np(layer.state_kernel)] * 2
+        input_kernel, bias = _np(layer.input_kernel), _np(layer.bias)
+    else:
+        state_kernels = [
+            _np(model.get_layer(f"{block}_state_conv_{k}").kernel)
+            for k in range(2)
+        ]
+        conv = model.get_layer(f"{block}_input_conv")
+        input_kernel, bias = _np(conv.kernel), _np(conv.bias)
+    u64 = u.astype(np.float64)
+    input_term = reference.conv2d_same(u64, input_kernel) + bias
+
+    def unroll(state):
+        for kernel in state_kernels:
+            step = reference.conv2d_same(state, kernel) + input_term
+            state = state + np.tanh(step)
+        return state
+
+    expected = unroll(x0.astype(np.float64))
+    # float32 against float64 over two tanh steps of O(1) values.
+    np.testing.assert_allclose(output, expected, atol=1e-4)
+    # The stem output has negative entries that the ReLU of u removes, so
+    # a start from u would give a different state.
+    assert np.max(np.abs(unroll(u64) - expected)) > 1e-2
 
 
 def test_every_named_model_builds():
