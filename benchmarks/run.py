@@ -48,7 +48,7 @@ import keras_naisnet  # noqa: E402
 from keras_naisnet import NaisConvBlock  # noqa: E402
 from keras_naisnet import data  # noqa: E402
 from keras_naisnet import models  # noqa: E402
-from keras_naisnet.base_block import BaseNaisBlock  # noqa: E402
+from keras_naisnet import stability  # noqa: E402
 from keras_naisnet.constraints import project_conv_state  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -269,7 +269,7 @@ def _block_data(rng, batch, size, filters):
     return x, y
 
 
-PROJECTION_REPEATS = 20
+PROJECTION_REPEATS = 100
 
 
 def _chained_projection(kernel, epsilon, eta):
@@ -486,6 +486,11 @@ def bench_memory(cfg, rows, rng):
     # A fixed mmap threshold makes glibc return freed tensors to the OS, so
     # that the RSS follows what the step allocates.
     env["MALLOC_MMAP_THRESHOLD_"] = "131072"
+    # With oneDNN on (TensorFlow's default on CPUs with AVX-512), TensorFlow
+    # keeps freed CPU tensors in its own pool, so the second step reuses the
+    # first step's pages and the RSS does not grow; the plain allocator frees
+    # them. Only the kernels change, not which tensors a step keeps.
+    env["TF_ENABLE_ONEDNN_OPTS"] = "0"
     points = []
     method = ""
     for steps in cfg["memory_steps"]:
@@ -640,60 +645,13 @@ def bench_models(cfg, rows, data_dir):
     )
 
 
-def _nais_blocks(model):
-    blocks = []
-    for layer in model.layers:
-        if isinstance(layer, BaseNaisBlock):
-            blocks.append(layer)
-        elif isinstance(layer, keras.Model):
-            blocks.extend(_nais_blocks(layer))
-    return blocks
-
-
-def _with_depth(model, tol, max_steps):
-    """A copy of `model` whose NAIS blocks use the given depth policy.
-
-    `tol=None` gives a fixed depth of `max_steps`.
-    """
-
-    def clone(layer):
-        config = layer.get_config()
-        if isinstance(layer, BaseNaisBlock):
-            config.update(tol=tol, max_steps=max_steps, return_steps=False)
-            if tol is None:
-                config["num_steps"] = max_steps
-        return layer.__class__.from_config(config)
-
-    copy = keras.models.clone_model(model, clone_function=clone)
-    copy.set_weights(model.get_weights())
-    return copy
-
-
 def _steps_per_block(model, images, tol, max_steps):
-    """Mean number of steps each NAIS block of `model` took per image.
-
-    Each block is fed the tensors it receives inside the model (its input
-    and, when the model passes one, its `initial_state`).
-    """
-    depths = []
-    for block in _nais_blocks(model):
-        node = block._inbound_nodes[0]
-        initial_state = node.arguments.kwargs.get("initial_state")
-        outputs = [node.arguments.args[0]]
-        if initial_state is not None:
-            outputs.append(initial_state)
-        feeder = keras.Model(model.inputs, outputs)
-        fed = feeder.predict(images, verbose=0)
-        fed = fed if isinstance(fed, list) else [fed]
-        config = block.get_config()
-        config.update(tol=tol, max_steps=max_steps, return_steps=True)
-        probe = block.__class__.from_config(config)
-        probe.build(fed[0].shape)
-        probe.set_weights(block.get_weights())
-        kwargs = {"initial_state": fed[1]} if len(fed) > 1 else {}
-        _, steps = probe(fed[0], training=False, **kwargs)
-        depths.append(float(np.mean(ops.convert_to_numpy(steps))))
-    return depths
+    """Mean number of steps each NAIS block call of `model` took per image."""
+    probe = stability.with_unroll(
+        model, tol=tol, max_steps=max_steps, return_steps=True
+    )
+    _, steps = probe.predict(images, verbose=0)
+    return [float(d) for d in np.mean(steps, axis=0)]
 
 
 def trained_model(cfg, data_dir, path):
@@ -722,11 +680,11 @@ def trained_model(cfg, data_dir, path):
 def bench_depth(cfg, rows, data_dir, model_path):
     """Adaptive depth against a fixed `max_steps`, on CIFAR-10 test."""
     model, origin = trained_model(cfg, data_dir, model_path)
-    max_steps = max(b.num_steps for b in _nais_blocks(model))
+    max_steps = max(b.num_steps for b in stability.nais_blocks(model))
     count = cfg["test_images"]
     ds = cifar_pipeline(data_dir, "test", count, count, False)
     images, _ = next(ds.as_numpy_iterator())
-    fixed = _with_depth(model, None, max_steps)
+    fixed = stability.with_unroll(model, num_steps=max_steps)
     batch = min(250, count)
     chunks = [images[i : i + batch] for i in range(0, count, batch)]
 
@@ -738,7 +696,7 @@ def bench_depth(cfg, rows, data_dir, model_path):
         return run
 
     for tol in cfg["tols"]:
-        adaptive = _with_depth(model, tol, max_steps)
+        adaptive = stability.with_unroll(model, tol=tol, max_steps=max_steps)
         times = side_by_side(
             {"adaptive": predictor(adaptive), "fixed": predictor(fixed)},
             cfg["model_reps"],
