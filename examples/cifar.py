@@ -4,7 +4,7 @@ The paper's image-classification experiment (Ciccone et al., NeurIPS 2018)
 as one command:
 
     python examples/cifar.py --dataset cifar10 --model naisnet \\
-        --epochs 2 --train-size 4000 --test-size 2000 \\
+        --epochs 5 --train-size 10000 --test-size 2000 \\
         --output runs/naisnet --export runs/naisnet/savedmodel
 
 Recipe (this library's choice; the paper does not publish its settings):
@@ -118,6 +118,13 @@ def build_parser():
         choices=("relu", "tanh"),
         default="tanh",
         help="activation inside the steps of the NAIS family",
+    )
+    parser.add_argument(
+        "--state-centre",
+        type=float,
+        default=-1.0,
+        help="initial centre taps of the NAIS state kernels, in "
+        "[-2 + eta, -eta] (-1: unit gain at equilibrium)",
     )
     parser.add_argument("--epochs", type=_positive_int, default=10)
     parser.add_argument("--batch-size", type=_positive_int, default=128)
@@ -314,6 +321,7 @@ def main(argv=None):
             num_classes=info["num_classes"],
             input_shape=info["image_shape"],
             activation=args.activation,
+            state_centre=args.state_centre,
             weight_decay=args.weight_decay,
         )
         schedule = keras.optimizers.schedules.CosineDecay(
@@ -373,6 +381,7 @@ def main(argv=None):
         "num_steps": args.num_steps if args.model != "resnet" else None,
         "blocks_per_stage": args.blocks_per_stage,
         "activation": args.activation if args.model != "resnet" else None,
+        "state_centre": args.state_centre if args.model != "resnet" else None,
         "train_split": train_split,
         "test_split": test_split,
         "val_size": args.val_size,

@@ -143,6 +143,15 @@ def _head(x, num_classes, weight_decay, name):
     )(x)
 
 
+def _state_initializer(settings):
+    # Off-centre taps inside the stability budget left by the centre, so a
+    # plain Conv2D state kernel (projected only after the first optimizer
+    # step) also starts in the stable set.
+    centre = settings["state_centre"]
+    budget = 1.0 - settings["epsilon"] - abs(1.0 + centre)
+    return ConvStateInitializer(centre, off_centre_norm=min(0.5, budget))
+
+
 def _nais_family_block(x, filters, strides, flags, settings, name):
     """One block of the NAIS family; see the module docstring."""
     num_steps = settings["num_steps"]
@@ -166,6 +175,7 @@ def _nais_family_block(x, filters, strides, flags, settings, name):
             eta=settings["eta"],
             activation=activation,
             stability="projection" if flags["stable"] else None,
+            state_initializer=_state_initializer(settings),
             input_regularizer=_l2(settings["weight_decay"]),
             name=name,
         )
@@ -190,7 +200,7 @@ def _nais_family_block(x, filters, strides, flags, settings, name):
             padding="same",
             # Autonomous steps have no input term, so they carry a bias.
             use_bias=not non_autonomous and not flags["batch_norm"],
-            kernel_initializer=ConvStateInitializer(),
+            kernel_initializer=_state_initializer(settings),
             kernel_constraint=(
                 ConvStateProjection(settings["epsilon"], settings["eta"])
                 if flags["stable"]
@@ -250,6 +260,7 @@ def build_ablation_model(
     step_size=1.0,
     epsilon=0.01,
     eta=0.1,
+    state_centre=-1.0,
     weight_decay=5e-4,
     name=None,
 ):
@@ -275,6 +286,11 @@ def build_ablation_model(
         step_size: step size `h` in `(0, 1]`.
         epsilon: stability margin of the state kernels.
         eta: centre-tap margin of the state kernels.
+        state_centre: float in `[-2 + eta, -eta]`, the initial value of
+            every centre tap of the state kernels (`ConvStateInitializer`).
+            The default -1 gives each block unit gain at its equilibrium;
+            values nearer `-eta` contract the state more slowly, so more of
+            `x(0)` survives the unrolled steps.
         weight_decay: decay of the stem, input convolutions and classifier
             kernels (an L2 penalty with gradient `weight_decay * w`); state
             kernels are not decayed, their centre taps sit at -1 by design.
@@ -290,6 +306,15 @@ def build_ablation_model(
     (None, 10)
     """
     _check_common(num_steps, blocks_per_stage, num_classes, filters)
+    # The projection would clip a centre outside this range at the first
+    # step; an unconstrained model could start there but then is no longer
+    # a like-for-like ablation.
+    if not -2.0 + eta <= float(state_centre) <= -eta:
+        raise ValueError(
+            "`state_centre` must lie in [-2 + eta, -eta] = "
+            f"[{-2.0 + eta:g}, {-eta:g}]. "
+            f"Received: state_centre={state_centre!r}"
+        )
     flags = dict(
         shared_weights=bool(shared_weights),
         non_autonomous=bool(non_autonomous),
@@ -304,6 +329,7 @@ def build_ablation_model(
         activation=activation,
         epsilon=epsilon,
         eta=eta,
+        state_centre=float(state_centre),
         weight_decay=weight_decay,
     )
     inputs = keras.Input(input_shape, name="images")
@@ -461,7 +487,13 @@ def build_model(model="naisnet", num_steps=3, blocks_per_stage=3, **kwargs):
         )
     name = kwargs.pop("name", model.replace("-", "_"))
     if MODELS[model] is None:
-        for key in ("activation", "step_size", "epsilon", "eta"):
+        for key in (
+            "activation",
+            "step_size",
+            "epsilon",
+            "eta",
+            "state_centre",
+        ):
             kwargs.pop(key, None)
         return build_resnet(
             blocks_per_stage=blocks_per_stage, name=name, **kwargs

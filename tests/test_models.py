@@ -309,8 +309,29 @@ def test_mirrored_strategy_keeps_conditions(rng):
         (dict(blocks_per_stage=-1), "Received: blocks_per_stage=-1"),
         (dict(num_classes=0), "Received: num_classes=0"),
         (dict(model="resnet", filters=()), "Received: filters=()"),
+        (dict(state_centre=0.0), "[-1.9, -0.1]. Received: state_centre=0.0"),
+        (
+            dict(state_centre=-1.95),
+            "[-1.9, -0.1]. Received: state_centre=-1.95",
+        ),
     ],
 )
 def test_bad_arguments(kwargs, match):
     with pytest.raises(ValueError, match=re.escape(match)):
         models.build_model(**kwargs)
+
+
+@pytest.mark.parametrize("name", ["naisnet", "resnet-sh-stable"])
+def test_state_centre_sets_every_centre_tap(name):
+    # Both code paths (NaisConvBlock and the Conv2D state convolution) start
+    # with every centre tap at the requested value and the off-centre taps
+    # inside the stability budget: the projection would leave them as is.
+    model = models.build_model(name, state_centre=-0.5, **SMALL)
+    kernels = _state_kernels(model)
+    assert kernels
+    for _, kernel, eta in kernels:
+        k = _np(kernel)
+        centre = np.diagonal(k[1, 1])
+        np.testing.assert_array_equal(centre, np.full_like(centre, -0.5))
+        projected = _np(constraints.project_conv_state(k, 0.01, eta))
+        np.testing.assert_allclose(projected, k, rtol=0, atol=1e-7)
