@@ -12,12 +12,15 @@ generalization gap (train minus test), plus parameters and training time.
 Any other flag is passed to `examples/cifar.py` (see its `--help`), except
 `--model`, `--output` and `--export`. `--collect DIR [DIR ...]` trains
 nothing: it writes the table from the `results.json` of earlier runs of
-`examples/cifar.py` (for budgets split into one run per model).
+`examples/cifar.py` (for budgets split into one run per model); when a
+model appears in several of them (one run per `--seed`), a second table
+gives the mean and standard deviation of each model's accuracies.
 """
 
 import argparse
 import json
 import pathlib
+import statistics
 import sys
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
@@ -65,6 +68,56 @@ def markdown_table(results):
             f"| {100 * r['test_accuracy']:.2f}% "
             f"| {100 * r['generalization_gap']:.2f} "
             f"| {r['wall_time_s']:.0f} s |"
+        )
+    return "\n".join(lines)
+
+
+def seed_table(results):
+    """Mean and spread over the runs of each model that ran more than once.
+
+    Runs are grouped by model name (typically one run per `--seed`); the
+    spread is the sample standard deviation (n - 1 in the denominator).
+
+    Args:
+        results: `results.json` dicts as for `markdown_table`, with `seed`.
+
+    Returns:
+        A markdown table, or `None` when no model ran more than once.
+
+    Example:
+
+    >>> runs = [dict(model="resnet", seed=s, train_accuracy=a,
+    ...     test_accuracy=a - 0.1, generalization_gap=0.1)
+    ...     for s, a in ((0, 0.8), (1, 0.9))]
+    >>> print(seed_table(runs))  # doctest: +NORMALIZE_WHITESPACE
+    | model | seeds | train acc | test acc | gap |
+    | --- | --- | --- | --- | --- |
+    | resnet | 0, 1 | 85.00 +- 7.07% | 75.00 +- 7.07% | 10.00 +- 0.00 |
+    """
+    groups = {}
+    for r in results:
+        groups.setdefault(r["model"], []).append(r)
+    groups = {k: v for k, v in groups.items() if len(v) > 1}
+    if not groups:
+        return None
+
+    def stat(runs, key, unit):
+        values = [100 * r[key] for r in runs]
+        return (
+            f"{statistics.mean(values):.2f} +- "
+            f"{statistics.stdev(values):.2f}{unit}"
+        )
+
+    lines = [
+        "| model | seeds | train acc | test acc | gap |",
+        "| --- | --- | --- | --- | --- |",
+    ]
+    for name, runs in groups.items():
+        seeds = ", ".join(str(r.get("seed")) for r in runs)
+        lines.append(
+            f"| {name} | {seeds} | {stat(runs, 'train_accuracy', '%')} "
+            f"| {stat(runs, 'test_accuracy', '%')} "
+            f"| {stat(runs, 'generalization_gap', '')} |"
         )
     return "\n".join(lines)
 
@@ -135,6 +188,12 @@ def _write(results, output):
         f"batch {first['batch_size']}, backend {first['backend']}; "
         "train accuracy on the un-augmented training images after training."
     )
+    seeds = seed_table(results)
+    if seeds:
+        table += (
+            "\n\nMean +- sample standard deviation over the runs of each "
+            f"model:\n\n{seeds}"
+        )
     (output / "results.md").write_text(f"{budget}\n\n{table}\n")
     (output / "results.json").write_text(json.dumps(results, indent=2) + "\n")
     print(budget)

@@ -233,10 +233,11 @@ def test_end_to_end_run_and_export(tfds_data_dir, tmp_path):
     np.testing.assert_allclose(logits, expected, atol=cifar.EXPORT_ATOL)
 
 
-def _fake_results(path, model, train, test):
+def _fake_results(path, model, train, test, seed=0):
     path.mkdir(parents=True)
     results = dict(
         model=model,
+        seed=seed,
         dataset="cifar10",
         train_accuracy=train,
         test_accuracy=test,
@@ -271,5 +272,29 @@ def test_compare_collects_a_markdown_table(tmp_path):
         "| naisnet | 3 x 3 | 1,234 | 75.00% | 50.00% | 25.00 | 5 s |" in lines
     )
     assert "| resnet | 3 x - | 1,234 | 87.50% | 50.00% | 37.50 | 5 s |" in lines
+    assert not any("seeds" in line for line in lines)
+
+
+def test_compare_averages_repeated_models(tmp_path):
+    # Two seeds of naisnet: train 75% and 80%, test 50% and 60%. By hand:
+    # means 77.5, 55 and gap 22.5; sample deviations sqrt(12.5) = 3.54,
+    # sqrt(50) = 7.07 and sqrt(12.5) = 3.54 (gaps 25 and 20).
+    _fake_results(tmp_path / "a", "naisnet", 0.75, 0.5, seed=0)
+    _fake_results(tmp_path / "b", "naisnet", 0.8, 0.6, seed=1)
+    _fake_results(tmp_path / "c", "resnet", 0.875, 0.5)
+    compare.main(
+        ["--collect"]
+        + [str(tmp_path / d) for d in "abc"]
+        + ["--output", str(tmp_path / "table")]
+    )
+    lines = (tmp_path / "table" / "results.md").read_text().splitlines()
+    assert (
+        "| naisnet | 0, 1 | 77.50 +- 3.54% | 55.00 +- 7.07% | 22.50 +- 3.54 |"
+        in lines
+    )
+    assert not any(line.startswith("| resnet | 0") for line in lines)
+
+
+def test_compare_rejects_unknown_models():
     with pytest.raises(ValueError, match="Received: models='vgg'"):
         compare.main(["--models", "vgg"])
