@@ -176,6 +176,24 @@ def load_run(model_dir):
     return name, model, results
 
 
+def run_labels(model_dirs, names):
+    """Labels of the runs in the tables: model names, or folder names.
+
+    Several runs of one architecture (another activation or seed) would
+    share a model name, so then every run is labelled by its folder.
+
+    Example:
+
+    >>> run_labels(["runs/a/naisnet", "runs/b/resnet"], ["naisnet", "resnet"])
+    ['naisnet', 'resnet']
+    >>> run_labels(["runs/naisnet", "runs/naisnet-relu"], ["naisnet"] * 2)
+    ['naisnet', 'naisnet-relu']
+    """
+    if len(set(names)) == len(names):
+        return list(names)
+    return [pathlib.Path(folder).name for folder in model_dirs]
+
+
 def training_depth(model, results):
     """The unroll depth the model was trained with (0: no NAIS block)."""
     blocks = stability.nais_blocks(model)
@@ -347,6 +365,8 @@ def main(argv=None):
     start = time.perf_counter()
 
     runs = [load_run(folder) for folder in args.model_dir]
+    labels = run_labels(args.model_dir, [run[0] for run in runs])
+    runs = [(label, *run[1:]) for label, run in zip(labels, runs)]
     name, model, results = runs[0]
     train_steps = training_depth(model, results)
     if train_steps == 0:

@@ -59,6 +59,18 @@ def test_help_lists_the_options(capsys):
         assert option in text
 
 
+def test_runs_of_one_architecture_are_labelled_by_folder():
+    example = _load_example()
+    assert example.run_labels(["a/x", "b/y"], ["naisnet", "resnet"]) == [
+        "naisnet",
+        "resnet",
+    ]
+    assert example.run_labels(
+        ["runs/naisnet", "runs/naisnet-relu", "runs/resnet"],
+        ["naisnet", "naisnet", "resnet"],
+    ) == ["naisnet", "naisnet-relu", "resnet"]
+
+
 @pytest.mark.slow
 def test_depth_example_writes_every_file(tmp_path, tfds_data_dir, rng):
     stable = tmp_path / "naisnet"
