@@ -127,6 +127,26 @@ def test_help_lists_the_flags(capsys):
         assert flag in text
 
 
+def _saved_model_cli(command, export_dir, *args):
+    """Runs `saved_model_cli COMMAND` on the serving signature; its stdout."""
+    return subprocess.run(
+        [
+            str(SAVED_MODEL_CLI),
+            command,
+            "--dir",
+            str(export_dir),
+            "--tag_set",
+            "serve",
+            "--signature_def",
+            "serve",
+            *args,
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+
+
 @pytest.mark.slow
 def test_end_to_end_run_and_export(tfds_data_dir, tmp_path):
     output = tmp_path / "run"
@@ -187,43 +207,18 @@ def test_end_to_end_run_and_export(tfds_data_dir, tmp_path):
         )
     # The program already reloaded it in a fresh process and compared.
     assert saved["export_max_abs_error"] <= cifar.EXPORT_ATOL
-    shown = subprocess.run(
-        [
-            str(SAVED_MODEL_CLI),
-            "show",
-            "--dir",
-            str(export_dir),
-            "--tag_set",
-            "serve",
-            "--signature_def",
-            "serve",
-        ],
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout
+    shown = _saved_model_cli("show", export_dir)
     assert "inputs['images']" in shown and "(-1, 10)" in shown
     # A serving client's view: the saved batch of test images in, logits
     # out, equal to the trained model's.
     outdir = tmp_path / "cli_out"
-    subprocess.run(
-        [
-            str(SAVED_MODEL_CLI),
-            "run",
-            "--dir",
-            str(export_dir),
-            "--tag_set",
-            "serve",
-            "--signature_def",
-            "serve",
-            "--inputs",
-            f"images={output / 'serving_batch.npy'}",
-            "--outdir",
-            str(outdir),
-        ],
-        capture_output=True,
-        text=True,
-        check=True,
+    _saved_model_cli(
+        "run",
+        export_dir,
+        "--inputs",
+        f"images={output / 'serving_batch.npy'}",
+        "--outdir",
+        str(outdir),
     )
     (logits_file,) = outdir.glob("*.npy")
     logits = np.load(logits_file)
