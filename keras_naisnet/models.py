@@ -47,6 +47,8 @@ Named configurations (`MODELS`, used by the examples' `--model`):
 import keras
 
 from keras_naisnet.constraints import ConvStateProjection
+from keras_naisnet.constraints import _check_epsilon
+from keras_naisnet.constraints import _check_eta
 from keras_naisnet.conv_block import NaisConvBlock
 from keras_naisnet.initializers import ConvStateInitializer
 
@@ -306,6 +308,10 @@ def build_ablation_model(
     (None, 10)
     """
     _check_common(num_steps, blocks_per_stage, num_classes, filters)
+    # The range of `state_centre` and the initial off-centre budget are
+    # read from these, so they are checked first.
+    epsilon = _check_epsilon(epsilon)
+    eta = _check_eta(eta, epsilon)
     # The projection would clip a centre outside this range at the first
     # step; an unconstrained model could start there but then is no longer
     # a like-for-like ablation.

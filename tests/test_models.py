@@ -310,6 +310,9 @@ def test_mirrored_strategy_keeps_conditions(rng):
         (dict(num_classes=0), "Received: num_classes=0"),
         (dict(model="resnet", filters=()), "Received: filters=()"),
         (dict(state_centre=0.0), "[-1.9, -0.1]. Received: state_centre=0.0"),
+        # Named as itself, not as a `state_centre` outside an empty range.
+        (dict(eta=1.5), "(0.01, 1). Received: eta=1.5"),
+        (dict(epsilon=0.6), "(0, 0.5). Received: epsilon=0.6"),
         (
             dict(state_centre=-1.95),
             "[-1.9, -0.1]. Received: state_centre=-1.95",
